@@ -125,6 +125,10 @@ def run_cmd(args: list[str], cwd: Path, timeout: float = 600, check: bool = True
 
 @pytest.fixture
 def pipeline_repo(tmp_path) -> Path:
+    return make_pipeline_repo(tmp_path)
+
+
+def make_pipeline_repo(tmp_path: Path) -> Path:
     """A fresh git + DVC repository holding this project's pipeline code and params."""
     repo = tmp_path / "repo"
     repo.mkdir()
