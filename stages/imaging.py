@@ -43,8 +43,11 @@ def load_rgb(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise ImageError(f"{name}: file not found") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image format (send a JPEG or PNG)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses huge declared sizes inside Image.open, before the check above runs.
+        raise ImageError(f"{name}: too many pixels, possible decompression bomb ({exc}): "
+                         "send a smaller image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: the image data is corrupt or truncated ({exc})") from None
     return to_rgb(ImageOps.exif_transpose(img))
 

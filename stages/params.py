@@ -71,11 +71,13 @@ class TrainParams(Section):
     epochs: PositiveInt = 8
     batch_size: PositiveInt = 32
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    backbone_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
     warmup_epochs: Annotated[float, Field(ge=0.0)] = 1.0
     label_smoothing: Fraction = 0.1
     threads: PositiveInt = 2
     channels_last: bool = True
+    freeze_batchnorm: bool = True
     augment: AugmentParams = AugmentParams()
 
 
@@ -96,8 +98,9 @@ class ServeParams(Section):
     max_upload_mb: Annotated[float, Field(gt=0.0)] = 10.0
     max_image_pixels: PositiveInt = 40_000_000
     max_batch_size: PositiveInt = 16
-    max_latency_ms: PositiveInt = 200
+    max_latency_ms: PositiveInt = 2000
     max_images_per_request: PositiveInt = 16
+    onnx_threads: Annotated[int, Field(ge=0)] = 0  # 0: one per available core
 
 
 class PackageParams(Section):

@@ -29,6 +29,14 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
+    model.train()
+    if freeze_batchnorm:  # batch statistics of a few augmented images are poor estimates
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def augmenter(params: TrainParams, size: int) -> v2.Compose:
     aug = params.augment
     steps: list[nn.Module] = [v2.RandomResizedCrop(size, scale=(aug.crop_scale_min, 1.0),
@@ -106,10 +114,16 @@ def train(model_params: ModelParams, params: TrainParams, processed_dir: Path = 
         model = model.to(memory_format=torch.channels_last)
     normalize = Normalizer(preprocessing["mean"], preprocessing["std"], params.channels_last)
     augment = augmenter(params, size)
+    # random-init statistics are not worth keeping
+    freeze_bn = params.freeze_batchnorm and model_params.weights != "none"
 
     steps_per_epoch = math.ceil(len(train_y) / params.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr,
-                                  weight_decay=params.weight_decay)
+    head = list(model.get_classifier().parameters())
+    head_ids = {id(p) for p in head}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": backbone, "lr": params.lr * params.backbone_lr_scale},
+         {"params": head, "lr": params.lr}], weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         params.epochs * steps_per_epoch, round(params.warmup_epochs * steps_per_epoch)))
     criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
@@ -119,7 +133,7 @@ def train(model_params: ModelParams, params: TrainParams, processed_dir: Path = 
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
         live.log_params({"model": model_params.model_dump(), "train": params.model_dump()})
         for epoch in range(1, params.epochs + 1):
-            model.train()
+            train_mode(model, freeze_bn)
             loss_sum, correct = 0.0, 0
             order = torch.randperm(len(train_y), generator=order_rng)
             batches = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{params.epochs}",
@@ -143,7 +157,7 @@ def train(model_params: ModelParams, params: TrainParams, processed_dir: Path = 
             live.log_metric("train/accuracy", correct / len(train_y))
             live.log_metric("val/loss", val_loss)
             live.log_metric("val/accuracy", val_acc)
-            live.log_metric("lr", scheduler.get_last_lr()[0])
+            live.log_metric("lr", scheduler.get_last_lr()[-1])
             if is_better((val_acc, val_loss), best):
                 best, best_epoch = (val_acc, val_loss), epoch
                 save_checkpoint(model, {

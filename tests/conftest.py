@@ -51,7 +51,7 @@ TINY = {
                           "image_size": 96}},
     "transform": {"image_size": 64},
     "model": {"name": "mobilenetv3_small_050", "weights": "none", "drop_rate": 0.0},
-    "train": {"epochs": 2, "batch_size": 16},
+    "train": {"epochs": 2, "batch_size": 16, "backbone_lr_scale": 1.0},
 }
 
 
@@ -144,3 +144,36 @@ def make_pipeline_repo(tmp_path: Path) -> Path:
     run_cmd(["dvc", "init", "-q"], repo)
     run_cmd(["dvc", "config", "core.autostage", "true"], repo)
     return repo
+
+
+def write_params(repo: Path, sections: dict) -> None:
+    import yaml
+
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for name, values in sections.items():
+        raw[name] = _merge(raw[name], values)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def reproduced_repo(tmp_path_factory) -> Path:
+    """The whole pipeline reproduced once on the tiny embedded config, committed with its
+    dvc.lock. Treat it as read-only: work in `clone_repo(...)` copies."""
+    repo = make_pipeline_repo(tmp_path_factory.mktemp("reproduced"))
+    write_params(repo, TINY)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "pipeline code"], repo)  # as in a fresh clone
+    run_cmd(["dvc", "repro"], repo, timeout=900)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "reproduced"], repo)
+    return repo
+
+
+def clone_repo(source: Path, dest: Path, share_cache: bool = True) -> Path:
+    """A git clone; with `share_cache` it uses the source's DVC cache and checks outputs out."""
+    run_cmd(["git", "clone", "-q", str(source), str(dest)], source.parent)
+    if share_cache:
+        run_cmd(["dvc", "cache", "dir", "--local", str(source / ".dvc/cache")], dest)
+        run_cmd(["dvc", "checkout", "-q"], dest)
+    return dest

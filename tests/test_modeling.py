@@ -64,7 +64,7 @@ def test_new_head_is_sized_from_classes_and_backbone_is_imagenet():
 
 def test_hub_weights_fail_fast_and_clearly_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsError, match="hub download .* failed.*Offline"):
+    with pytest.raises(WeightsError, match=r"hub download .* failed.*Offline"):
         build_model("mobilenetv3_small_050", 3, "hub")
 
 

@@ -1,0 +1,1 @@
+"""BentoML service for the exported minifigure classifier (serving deps only: no torch)."""
