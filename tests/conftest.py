@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm's hub fails fast instead of retrying
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # no analytics daemon phoning home from tests
 
 REPO = Path(__file__).resolve().parents[1]
 LEGO_DIR = Path(os.environ.get("MINIFIG_LEGO_DIR",
