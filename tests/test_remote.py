@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY, _merge, make_pipeline_repo, run_cmd
+from tests.conftest import REPO, _merge, run_cmd
 from tests.datasets import mini_dataset
 
 BUCKET = "minifig-test"
@@ -212,27 +213,17 @@ class Source:
     cached_objects: set[str]     # .dvc/cache/files/md5 at push time
 
 
-def write_tiny_params(repo: Path) -> None:
-    path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    for section, values in TINY.items():
-        raw[section] = _merge(raw[section], values)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
-def source(tmp_path_factory, emulator) -> Source:
-    """The pipeline reproduced once (tiny config), committed to a bare `origin` and pushed."""
+def source(tmp_path_factory, emulator, reproduced_repo) -> Source:
+    """The session's reproduced tiny pipeline, copied with its cache, given the committed GCS
+    remote, committed to a bare `origin` and pushed."""
     root = tmp_path_factory.mktemp("team")
-    repo = make_pipeline_repo(root)
+    repo = root / "repo"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
     (repo / ".dvc/config").write_text((REPO / ".dvc/config").read_text())
     dvc(["remote", "modify", REMOTE, "url", f"gs://{BUCKET}/storage"], repo)  # the README's step
-    write_tiny_params(repo)
     run_cmd(["git", "add", "-A"], repo)
-    run_cmd(["git", "commit", "-qm", "pipeline code"], repo)
-    dvc(["repro"], repo, timeout=900)
-    run_cmd(["git", "add", "-A"], repo)
-    run_cmd(["git", "commit", "-qm", "baseline"], repo)
+    run_cmd(["git", "commit", "-qm", "GCS remote"], repo)
     origin = root / "origin.git"
     run_cmd(["git", "init", "-q", "--bare", "-b", "main", str(origin)], root)
     run_cmd(["git", "remote", "add", "origin", str(origin)], repo)

@@ -209,7 +209,7 @@ def test_top1_matches_the_offline_model_on_real_test_photos(
                           for path, _, _ in photos])
     accuracy = float((class_ids == np.array([c for _, c, _ in photos])).mean())
     print(f"\nHTTP top-1 accuracy on {len(photos)} real test photos: {accuracy:.3f}")
-    assert accuracy > 2 / n_classes, "above chance (1/37)"
+    assert accuracy >= 0.5, "far above chance (1/37)"
 
 
 def test_json_contract(server: Server, client: httpx.Client, photos) -> None:

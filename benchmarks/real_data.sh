@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Test accuracy on the real LEGO photos: three seeds with the default (offline ImageNet) weights,
+# and one run from random initialisation for contrast, each a `dvc exp run` in this workspace.
+# Usage: benchmarks/real_data.sh [path-to-lego-minifigures]   (~25 min on 2 CPU cores)
+set -euo pipefail
+lego=$(realpath "${1:-${MINIFIG_LEGO_DIR:-../shared/datasets/lego-minifigures}}")
+for seed in 0 1 2; do
+  dvc exp run -n "real-seed$seed" -S "data.source=$lego" -S "train.seed=$seed"
+done
+dvc exp run -n real-no-pretraining -S "data.source=$lego" -S model.weights=none
+dvc exp show --md --only-changed
