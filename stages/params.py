@@ -29,7 +29,7 @@ class EmbeddedParams(Section):
     classes: Annotated[int, Field(ge=2, le=64)] = 8
     train_per_class: Annotated[int, Field(ge=2)] = 24
     test_per_class: PositiveInt = 6
-    image_size: Annotated[int, Field(ge=64, le=1024)] = 256
+    image_size: Annotated[int, Field(ge=64, le=1024)] = 320
     seed: int = 7
     release: Literal["current", "legacy"] = "current"
 
@@ -49,7 +49,7 @@ class SplitParams(Section):
 
 
 class TransformParams(Section):
-    image_size: Annotated[int, Field(ge=32, le=1024)] = 224
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 288
     workers: PositiveInt = 2
 
 
@@ -68,7 +68,7 @@ class AugmentParams(Section):
 
 class TrainParams(Section):
     seed: int = 0
-    epochs: PositiveInt = 8
+    epochs: PositiveInt = 10
     batch_size: PositiveInt = 16
     lr: Annotated[float, Field(gt=0.0)] = 1e-2
     backbone_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.03
