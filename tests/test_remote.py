@@ -220,6 +220,8 @@ def source(tmp_path_factory, emulator, reproduced_repo) -> Source:
     root = tmp_path_factory.mktemp("team")
     repo = root / "repo"
     shutil.copytree(reproduced_repo, repo, symlinks=True)
+    # other modules' experiments share that cache; keep only what this workspace uses
+    dvc(["gc", "--workspace", "--force"], repo)
     (repo / ".dvc/config").write_text((REPO / ".dvc/config").read_text())
     dvc(["remote", "modify", REMOTE, "url", f"gs://{BUCKET}/storage"], repo)  # the README's step
     run_cmd(["git", "add", "-A"], repo)
