@@ -64,6 +64,8 @@ class AugmentParams(Section):
     crop_scale_min: Annotated[float, Field(gt=0.0, le=1.0)] = 0.6
     rotation_degrees: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0
     color_jitter: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    trivial_augment: bool = False  # TrivialAugmentWide: one random op of random strength per image
+    random_erasing: Fraction = 0.0  # chance of blanking a random rectangle (occlusion)
 
 
 class TrainParams(Section):
@@ -78,6 +80,7 @@ class TrainParams(Section):
     threads: PositiveInt = 2
     channels_last: bool = True
     freeze_batchnorm: bool = True
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # 0 = off
     augment: AugmentParams = AugmentParams()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from dvclive import Live
+from timm.utils import ModelEmaV3
 from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
@@ -48,6 +49,10 @@ def augmenter(params: TrainParams, size: int) -> v2.Compose:
     if aug.color_jitter:
         j = aug.color_jitter
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+    if aug.trivial_augment:
+        steps.append(v2.TrivialAugmentWide())
+    if aug.random_erasing:
+        steps.append(v2.RandomErasing(aug.random_erasing, value=0))
     return v2.Compose(steps)
 
 
@@ -128,6 +133,9 @@ def train(model_params: ModelParams, params: TrainParams, processed_dir: Path = 
         params.epochs * steps_per_epoch, round(params.warmup_epochs * steps_per_epoch)))
     criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     order_rng = torch.Generator().manual_seed(params.seed)
+    # the averaged weights are what gets validated and saved; the raw ones keep training
+    ema = ModelEmaV3(model, decay=params.ema_decay, use_warmup=True) if params.ema_decay else None
+    kept = ema.module if ema else model
 
     best, best_epoch, started = None, 0, time.perf_counter()
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
@@ -148,10 +156,12 @@ def train(model_params: ModelParams, params: TrainParams, processed_dir: Path = 
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                if ema:
+                    ema.update(model, step=(epoch - 1) * steps_per_epoch + step + 1)
                 loss_sum += loss.item() * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 batches.set_postfix(loss=f"{loss.item():.3f}")
-            val_loss, val_acc = evaluate_loss_accuracy(model, val_x, val_y, normalize,
+            val_loss, val_acc = evaluate_loss_accuracy(kept, val_x, val_y, normalize,
                                                        params.batch_size * 2)
             live.log_metric("train/loss", loss_sum / len(train_y))
             live.log_metric("train/accuracy", correct / len(train_y))
@@ -160,7 +170,7 @@ def train(model_params: ModelParams, params: TrainParams, processed_dir: Path = 
             live.log_metric("lr", scheduler.get_last_lr()[-1])
             if is_better((val_acc, val_loss), best):
                 best, best_epoch = (val_acc, val_loss), epoch
-                save_checkpoint(model, {
+                save_checkpoint(kept, {
                     "model_name": model_params.name,
                     "weights": model_params.weights,
                     "image_size": int(size),

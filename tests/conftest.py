@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -109,6 +110,13 @@ def real_run(lego_dir, tmp_path_factory) -> Run:
 def embedded_run(tmp_path_factory) -> Run:
     params = make_params(**TINY)
     return run_training(params, run_data_stages(params, tmp_path_factory.mktemp("embedded")))
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_cmd(args: list[str], cwd: Path, timeout: float = 600, check: bool = True,

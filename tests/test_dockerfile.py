@@ -12,7 +12,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import yaml
 
 from stages.export import export
 from stages.params import ExportParams
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN_PACKAGES = {"torch", "torchvision", "timm", "tensorflow", "jax"}
@@ -167,12 +167,6 @@ def test_bentofile_packs_the_same_files() -> None:
 # --- the image's install step and CMD, replayed in a fresh venv ---------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def image_root(real_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """WORKDIR of the image: exactly the files the Dockerfile copies (models/onnx from a real
@@ -218,7 +212,7 @@ def _image_env(venv: Path, home: Path, port: int) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def image_server(image_root: Path, serving_venv: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
-    home, port = tmp_path_factory.mktemp("image-home"), _free_port()
+    home, port = tmp_path_factory.mktemp("image-home"), free_port()
     env = _image_env(serving_venv, home, port)
     # Inside the container the server must bind 0.0.0.0; on this host it stays on loopback.
     command = cmd_line().replace("--host 0.0.0.0", "--host 127.0.0.1")

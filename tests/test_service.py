@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from PIL import Image
 from stages.export import export
 from stages.imaging import normalize
 from stages.params import ExportParams, load_section
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE = load_section("serve", REPO / "params.yaml")
@@ -43,12 +43,6 @@ class Server:
     startup_s: float
     contract: dict[str, Any]
     log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +83,7 @@ def _wait_for_first_prediction(url: str, jpeg: bytes, process: subprocess.Popen,
 def server(model_dir: Path, photos, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("bentoml-home")
     log = home / "serve.log"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MINIFIG_MODEL_DIR": str(model_dir), "BENTOML_HOME": str(home),
            "BENTOML_DO_NOT_TRACK": "True"}
     bentoml = Path(sys.executable).with_name("bentoml")

@@ -3,11 +3,20 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from stages.dataset import save_arrays
+from stages.dataset import load_split, save_arrays
 from stages.evaluate import evaluate
-from stages.train import is_better, train
-from tests.conftest import TINY, make_params, run_data_stages, run_training
+from stages.modeling import load_checkpoint
+from stages.train import (
+    Normalizer,
+    as_tensors,
+    augmenter,
+    evaluate_loss_accuracy,
+    is_better,
+    train,
+)
+from tests.conftest import TINY, _merge, make_params, run_data_stages, run_training
 
 
 def read_tsv(path):
@@ -61,6 +70,21 @@ def test_same_params_same_metrics_and_weights(embedded_run, tmp_path):
         (embedded_run.models_dir / "model.safetensors").read_bytes()
 
 
+def test_ema_validates_and_saves_the_averaged_weights(embedded_run, tmp_path):
+    params = make_params(**_merge(TINY, {"train": {"ema_decay": 0.9}}))
+    metrics = train(params.model, params.train, embedded_run.processed_dir,
+                    embedded_run.split_dir, tmp_path / "models", tmp_path / "live", progress=False)
+    saved = (tmp_path / "models/model.safetensors").read_bytes()
+    assert saved != (embedded_run.models_dir / "model.safetensors").read_bytes()
+    # the saved weights are the ones whose validation numbers were logged and compared
+    model, meta = load_checkpoint(tmp_path / "models")
+    val_x, val_y = as_tensors(load_split(embedded_run.processed_dir / "val.npz"))
+    loss, accuracy = evaluate_loss_accuracy(model, val_x, val_y,
+                                            Normalizer(meta["mean"], meta["std"], False), 64)
+    assert (accuracy, round(loss, 6)) == (meta["val_accuracy"], meta["val_loss"])
+    assert meta["val_accuracy"] == metrics["best_val_accuracy"]
+
+
 def test_dvclive_logs_params_and_epoch_metrics(embedded_run):
     logged = (embedded_run.live_dir / "params.yaml").read_text()
     assert "mobilenetv3_small_050" in logged and "label_smoothing" in logged
@@ -82,3 +106,22 @@ def test_real_photos_ci_sized_run_beats_a_high_bar(real_run, tmp_path):
     for name in ("confusion_matrix.png", "misclassified.png", "predictions.csv",
                  "per_class.json", "metrics.json"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+
+
+def augmented(options: dict) -> torch.Tensor:
+    params = make_params(train={"augment": options}).train
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (8, 3, 80, 80), generator=torch.Generator().manual_seed(1),
+                           dtype=torch.uint8)
+    out = torch.stack([augmenter(params, 64)(image) for image in images])
+    assert out.shape == (8, 3, 64, 64) and out.dtype == torch.uint8  # the cache's format
+    return out
+
+
+def test_augmentation_options_change_the_images():
+    plain = augmented({})
+    assert not torch.equal(augmented({"trivial_augment": True}), plain)
+    # erasing blanks rectangles to 0, a value the input never has
+    unrotated = {"rotation_degrees": 0.0}  # rotation fills the corners with 0 too
+    erased = augmented({**unrotated, "random_erasing": 0.9})
+    assert (erased == 0).float().mean() > 10 * (augmented(unrotated) == 0).float().mean()
