@@ -12,3 +12,4 @@ done
 dvc exp run -n real-no-pretraining -S "data.source=$lego" -S model.weights=none \
   -S train.backbone_lr_scale=1.0 -S train.lr=0.003
 dvc exp show --md --only-changed
+python benchmarks/hard_photos.py   # which test photos the experiments miss
